@@ -1,0 +1,26 @@
+import os, csv, tempfile, shutil, glob, pathlib
+import pandas as pd, numpy as np
+d = tempfile.mkdtemp()
+p = os.path.join(d, "a.csv")
+pd.DataFrame(np.arange(20).reshape(5, 4), columns=list("wxyz")).to_csv(p, index=False)
+print(pd.read_csv(p).sum().sum())
+with open(p, newline="") as f: print(len(list(csv.reader(f))))
+os.makedirs(os.path.join(d, "sub", "deep"), exist_ok=True)
+pathlib.Path(d, "sub", "deep", "t.txt").write_text("hi")
+print(sorted(os.listdir(d)), [r for r, _, _ in os.walk(d)], glob.glob(d + "/**/*.txt", recursive=True))
+os.rename(os.path.join(d, "sub", "deep", "t.txt"), os.path.join(d, "t2.txt"))
+shutil.copy(p, os.path.join(d, "b.csv")); os.symlink(p, os.path.join(d, "l.csv")); print(os.readlink(os.path.join(d, "l.csv")) == p)
+os.chmod(p, 0o600); print(os.stat(p).st_size, os.path.getmtime(p) > 0); os.utime(p)
+with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as t: t.write("x")
+with tempfile.TemporaryDirectory() as td: open(os.path.join(td, "q"), "w").close()
+os.unlink(t.name); shutil.rmtree(d); print(os.getcwd(), os.path.exists(d))
+pd.DataFrame({"a": [1]}).to_json(os.path.join(tempfile.gettempdir(), "j.json"))
+d2 = tempfile.mkdtemp()
+src = os.path.join(d2, "src"); os.mkdir(src); pathlib.Path(src, "f.txt").write_text("y")
+shutil.copy2(os.path.join(src, "f.txt"), os.path.join(d2, "g.txt")); shutil.copytree(src, os.path.join(d2, "dst"))
+m = np.memmap(os.path.join(d2, "m.dat"), dtype="float64", mode="w+", shape=(1000,)); m[:] = 1; m.flush(); del m
+import sqlite3
+con = sqlite3.connect(os.path.join(d2, "db.sqlite")); con.execute("create table t(x)"); con.executemany("insert into t values (?)", [(i,) for i in range(100)]); con.commit()
+print(con.execute("select sum(x) from t").fetchone()); con.close()
+np.save(os.path.join(d2, "a.npy"), np.arange(5)); print(np.load(os.path.join(d2, "a.npy")).sum())
+print(shutil.disk_usage(d2).total > 0); shutil.rmtree(d2)

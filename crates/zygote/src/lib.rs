@@ -1,0 +1,29 @@
+//! `libkiln_zygote.so`: loaded once by the zygote template (Python, through
+//! ctypes) after it has imported and warmed the libraries. Its one real
+//! entry point runs the fork loop of [`kiln_native::zygote::serve`]; in each
+//! forked sandbox it returns 0, after the containment steps, so the only
+//! code between the fork and the sandbox being sealed is Rust.
+// No unsafe blocks: the only `unsafe_code` lint here is `#[no_mangle]`,
+// on two exported C symbols with names no other library uses.
+#![deny(unsafe_code)]
+
+use std::ffi::c_char;
+use std::os::raw::c_int;
+
+/// Serves fork requests on `ctrl`. Returns 0 in a sealed sandbox child and
+/// 1 in the template when it should exit. Never unwinds into Python.
+#[allow(unsafe_code)]
+#[no_mangle]
+pub extern "C" fn kiln_zygote_serve(ctrl: c_int) -> c_int {
+    std::panic::catch_unwind(|| kiln_native::zygote::serve::serve(ctrl)).unwrap_or(2)
+}
+
+/// In a sandbox child: the runner's environment as a JSON list of
+/// `[name, value]` pairs (NUL-terminated, owned by the library).
+#[allow(unsafe_code)]
+#[no_mangle]
+pub extern "C" fn kiln_zygote_child_env() -> *const c_char {
+    kiln_native::zygote::serve::CHILD_ENV
+        .get()
+        .map_or(c"[]".as_ptr(), |s| s.as_ptr())
+}
