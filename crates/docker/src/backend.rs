@@ -404,6 +404,7 @@ impl DockerBackend {
             exit: attached.exit,
             last_peak: Default::default(),
             oom_seen: Default::default(),
+            memory_limit_bytes: limits.memory_mib << 20,
         });
         let link = match Link::new(attached.spawned, limits) {
             Ok(mut link) => {

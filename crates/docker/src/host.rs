@@ -141,6 +141,8 @@ pub struct ContainerHost {
     pub(crate) last_peak: std::sync::atomic::AtomicU64,
     /// An OOM kill seen in the cgroup while it ran.
     pub(crate) oom_seen: std::sync::atomic::AtomicBool,
+    /// The container's memory limit.
+    pub(crate) memory_limit_bytes: u64,
 }
 
 impl ContainerHost {
@@ -155,6 +157,33 @@ impl ContainerHost {
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
+
+    /// Whether a container that stopped was, by every sign left, killed at
+    /// its memory limit: its end was a SIGKILL and its memory use had come
+    /// within [`NEAR_THE_LIMIT`] of the limit. For when the cgroup is gone
+    /// before its OOM count could be read and the engine does not report
+    /// the kill (gVisor: the host's OOM killer takes the sandbox's Sentry,
+    /// runsc removes the cgroup, and the engine's `OOMKilled` stays false).
+    /// A SIGKILL kiln sent itself (a timeout, a kill on request) is judged
+    /// by the supervisor first.
+    fn killed_at_the_limit(&self) -> bool {
+        let killed = self
+            .exit
+            .get()
+            .is_some_and(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL);
+        let peak = self.last_peak.load(std::sync::atomic::Ordering::Relaxed);
+        killed && near_the_limit(peak, self.memory_limit_bytes)
+    }
+}
+
+/// How close to its limit a container's peak must have come for a SIGKILL
+/// to be taken for the OOM killer's: the peak is read by polling, so the
+/// last reading (every 50 ms) may fall short of the limit by what was
+/// allocated since: half the limit, and a SIGKILL kiln did not send.
+const NEAR_THE_LIMIT: (u64, u64) = (1, 2);
+
+fn near_the_limit(peak: u64, limit: u64) -> bool {
+    limit > 0 && peak.saturating_mul(NEAR_THE_LIMIT.1) >= limit.saturating_mul(NEAR_THE_LIMIT.0)
 }
 
 impl Accounting for ContainerHost {
@@ -180,8 +209,21 @@ impl Accounting for ContainerHost {
         }
         match self.cgroup.oom_killed() {
             Ok(true) => Ok(true),
-            // Dead or unknown cgroup: ask the engine once it has stopped.
-            _ if self.exit.get().is_some() => self.engine_oom_killed(),
+            // Dead or unknown cgroup: ask the engine once it has stopped,
+            // then read the signs it left.
+            _ if self.exit.get().is_some() => {
+                let engine = self.engine_oom_killed().unwrap_or(false);
+                if !engine && self.killed_at_the_limit() {
+                    tracing::info!(
+                        container = %self.id,
+                        "taken for an OOM kill: ended by SIGKILL at {} of its {} MiB limit (the engine did not report one)",
+                        self.last_peak.load(std::sync::atomic::Ordering::Relaxed) >> 20,
+                        self.memory_limit_bytes >> 20,
+                    );
+                    return Ok(true);
+                }
+                Ok(engine)
+            }
             other => other,
         }
     }
@@ -220,5 +262,20 @@ pub(crate) fn remove(engine: &Engine, id: &str) {
         Err(e) => {
             tracing::error!(container = id, error = %e, "removing the sandbox container failed; the reaper will retry")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::near_the_limit;
+
+    #[test]
+    fn a_sigkill_counts_as_an_oom_only_near_the_limit() {
+        let limit = 128 << 20;
+        assert!(near_the_limit(limit, limit));
+        assert!(near_the_limit(64 << 20, limit));
+        assert!(!near_the_limit((64 << 20) - 1, limit));
+        assert!(!near_the_limit(0, limit));
+        assert!(!near_the_limit(1 << 30, 0), "no limit known: never");
     }
 }

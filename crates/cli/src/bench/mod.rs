@@ -318,6 +318,11 @@ pub fn bench(config: &Config, config_path: Option<&Path>, args: &BenchArgs) -> R
         notes.push("--quick: W4 measured for W1 only, 1.5 s per method".into());
     }
 
+    // Which methods ran, taken before the pools below are shut down.
+    let available: Vec<Method> = Method::ALL
+        .into_iter()
+        .filter(|m| methods.available(*m))
+        .collect();
     // Done with the methods: stop the pool, the helper, the interpreter.
     if let Some(mut pool) = methods.pool.take() {
         pool.shutdown();
@@ -329,10 +334,6 @@ pub fn bench(config: &Config, config_path: Option<&Path>, args: &BenchArgs) -> R
     let docker_imported = methods.docker.as_ref().is_some_and(|d| d.imported);
     let docker_engine = methods.docker.as_ref().map(|d| d.engine_version.clone());
     let plain_how = methods.plain.as_ref().map(|p| p.how.clone());
-    let available: Vec<Method> = Method::ALL
-        .into_iter()
-        .filter(|m| methods.available(*m))
-        .collect();
     drop(methods);
     let _ = std::fs::remove_dir_all(&scratch);
 
