@@ -144,6 +144,17 @@ fn template_is_single_threaded_without_shared_writable_mappings() {
             "shared writable mapping: {line}"
         );
     }
+    // Its warmed memory is in huge pages where the kernel can collapse it
+    // (MADV_COLLAPSE, Linux 6.1; THP not `never`): cheaper forks.
+    if collapse_supported() {
+        let rollup = std::fs::read_to_string(format!("/proc/{template_pid}/smaps_rollup")).unwrap();
+        let huge_kib: u64 = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("AnonHugePages:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(huge_kib >= 2048, "no huge page in the template:\n{rollup}");
+    }
     let environ = std::fs::read(format!("/proc/{template_pid}/environ")).unwrap();
     assert!(
         !String::from_utf8_lossy(&environ).contains("KILN_TEST"),
@@ -152,6 +163,17 @@ fn template_is_single_threaded_without_shared_writable_mappings() {
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     expect_outcome(&v, "ok");
+}
+
+/// Whether this kernel has MADV_COLLAPSE (6.1) and THP is not `never`.
+fn collapse_supported() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    (major, minor) >= (6, 1) && !thp.is_empty() && !thp.contains("[never]")
 }
 
 /// A template that dies takes its sandboxes with it; the next request gets

@@ -175,12 +175,18 @@ impl Shared {
         match ready {
             Ok(Some((
                 Reply::Ready {
+                    pid,
                     threads: 1,
                     tid_fixed,
-                    ..
+                    huge_bytes,
                 },
                 _,
             ))) => {
+                tracing::debug!(
+                    pid,
+                    huge_mib = huge_bytes >> 20,
+                    "zygote template ready (its memory in huge pages: cheaper forks)"
+                );
                 if !tid_fixed {
                     tracing::warn!("the zygote could not find glibc's cached thread id: raise() and pthread_kill() on the main thread fail in zygote sandboxes");
                 }

@@ -73,11 +73,15 @@ pub fn serve(ctrl: RawFd) -> i32 {
         }
     };
     let tid_field = glibc_tid_field();
+    // After the warm-up, before the first fork: forks copy fewer page
+    // tables and sandboxes unmap fewer pages when they end.
+    let huge_bytes = collapse_anonymous_memory();
     let ready = Reply::Ready {
         // SAFETY: getpid has no preconditions.
         pid: unsafe { libc::getpid() },
         threads: thread_count().unwrap_or(0),
         tid_fixed: tid_field.is_some(),
+        huge_bytes,
     };
     if wire::send(ctrl, &ready, &[]).is_err() {
         return TEMPLATE_DONE;
@@ -292,6 +296,55 @@ fn check_mappings() -> io::Result<()> {
     Ok(())
 }
 
+/// Backs the template's anonymous private memory with transparent huge
+/// pages where a whole, aligned 2 MiB fits (`MADV_COLLAPSE`, Linux 6.1; a
+/// no-op before, or with THP `never`). A fork then copies one page-table
+/// entry per 2 MiB instead of 512, and a sandbox that ends has fewer pages
+/// to unmap. A child's first write into such a page splits the mapping and
+/// copies 4 KiB, as before; nothing becomes shared that was not. The
+/// regions' own THP flags are left as they are, so khugepaged does not
+/// collapse a sandbox's memory later (`madvise` mode). Returns the bytes
+/// collapsed.
+fn collapse_anonymous_memory() -> u64 {
+    const HUGE: usize = 2 << 20;
+    const MADV_COLLAPSE: libc::c_int = 25;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 0;
+    };
+    let mut collapsed = 0u64;
+    for (start, end) in huge_candidates(&maps, HUGE) {
+        // SAFETY: advice on a range inside this process's own private
+        // anonymous mappings; MADV_COLLAPSE moves their contents into huge
+        // pages and changes nothing they hold.
+        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_COLLAPSE) };
+        if r == 0 {
+            collapsed += (end - start) as u64;
+        }
+    }
+    collapsed
+}
+
+/// The 2 MiB-aligned ranges inside private, writable, anonymous mappings
+/// (and the heap) of a `/proc/<pid>/maps` text.
+fn huge_candidates(maps: &str, huge: usize) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let path = f.nth(3).unwrap_or("");
+            if perms != "rw-p" || !(path.is_empty() || path == "[heap]") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let a = usize::from_str_radix(a, 16).ok()?;
+            let b = usize::from_str_radix(b, 16).ok()?;
+            let start = a.checked_add(huge - 1)? & !(huge - 1);
+            let end = b & !(huge - 1);
+            (end > start).then_some((start, end))
+        })
+        .collect()
+}
+
 fn thread_count() -> io::Result<u32> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
@@ -336,5 +389,26 @@ mod tests {
             .contains("/dev/shm/x"));
         let ro_shared = "7f04-7f05 r--s 00000000 00:05 12 /usr/lib/locale\n";
         assert_eq!(super::shared_writable_mapping(ro_shared), None);
+    }
+
+    #[test]
+    fn huge_page_candidates_are_aligned_ranges_of_private_anonymous_memory() {
+        let huge = 2 << 20;
+        let maps = "\
+00400000-00401000 r-xp 00000000 08:01 1 /usr/bin/python3
+00a00000-00f00000 rw-p 00000000 00:00 0 [heap]
+7f0000100000-7f0000500000 rw-p 00000000 00:00 0
+7f0000600000-7f0000700000 rw-p 00000000 00:00 0
+7f0000800000-7f0000c00000 rw-p 00001000 08:01 2 /usr/lib/x.so
+7f0001000000-7f0001400000 rw-s 00000000 00:05 3 /dev/shm/y
+7f0002000000-7f0002400000 r--p 00000000 00:00 0
+7ffd00000000-7ffd00400000 rw-p 00000000 00:00 0 [stack]
+";
+        assert_eq!(
+            super::huge_candidates(maps, huge),
+            vec![(0x00a00000, 0x00e00000), (0x7f0000200000, 0x7f0000400000)],
+            "the heap and anonymous rw-p memory, trimmed to 2 MiB boundaries; \
+             no file, shared, read-only or stack mapping, nothing under 2 MiB"
+        );
     }
 }

@@ -52,6 +52,9 @@ pub enum Reply {
         /// Whether glibc's cached thread id can be fixed in each child.
         #[serde(default)]
         tid_fixed: bool,
+        /// Bytes of the template's memory moved into huge pages.
+        #[serde(default)]
+        huge_bytes: u64,
     },
     /// A child was forked; its pidfd comes with this message.
     Forked {
