@@ -158,32 +158,20 @@ impl ContainerHost {
         Ok(inspect.state.and_then(|s| s.oom_killed).unwrap_or(false))
     }
 
-    /// Whether a container that stopped was, by every sign left, killed at
-    /// its memory limit: its end was a SIGKILL and its memory use had come
-    /// within [`NEAR_THE_LIMIT`] of the limit. For when the cgroup is gone
-    /// before its OOM count could be read and the engine does not report
-    /// the kill (gVisor: the host's OOM killer takes the sandbox's Sentry,
-    /// runsc removes the cgroup, and the engine's `OOMKilled` stays false).
-    /// A SIGKILL kiln sent itself (a timeout, a kill on request) is judged
-    /// by the supervisor first.
-    fn killed_at_the_limit(&self) -> bool {
-        let killed = self
-            .exit
+    /// Whether the stopped container ended by a SIGKILL.
+    fn ended_by_sigkill(&self) -> bool {
+        self.exit
             .get()
-            .is_some_and(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL);
-        let peak = self.last_peak.load(std::sync::atomic::Ordering::Relaxed);
-        killed && near_the_limit(peak, self.memory_limit_bytes)
+            .is_some_and(|s| libc::WIFSIGNALED(s) && libc::WTERMSIG(s) == libc::SIGKILL)
     }
 }
 
-/// How close to its limit a container's peak must have come for a SIGKILL
-/// to be taken for the OOM killer's: the peak is read by polling, so the
-/// last reading (every 50 ms) may fall short of the limit by what was
-/// allocated since: half the limit, and a SIGKILL kiln did not send.
-const NEAR_THE_LIMIT: (u64, u64) = (1, 2);
-
+/// Whether a polled memory peak came near enough to the limit for a SIGKILL
+/// to be taken for the OOM killer's: half the limit or more, since the last
+/// reading (every 50 ms) may fall short of the limit by what was allocated
+/// since.
 fn near_the_limit(peak: u64, limit: u64) -> bool {
-    limit > 0 && peak.saturating_mul(NEAR_THE_LIMIT.1) >= limit.saturating_mul(NEAR_THE_LIMIT.0)
+    limit > 0 && peak.saturating_mul(2) >= limit
 }
 
 impl Accounting for ContainerHost {
@@ -210,19 +198,27 @@ impl Accounting for ContainerHost {
         match self.cgroup.oom_killed() {
             Ok(true) => Ok(true),
             // Dead or unknown cgroup: ask the engine once it has stopped,
-            // then read the signs it left.
+            // then read the signs it left. gVisor: the host's OOM killer
+            // takes the Sentry, runsc removes the cgroup before its count is
+            // read, and the engine's `OOMKilled` stays false. A SIGKILL kiln
+            // sent itself (a timeout, a kill on request) is judged by the
+            // supervisor first.
             _ if self.exit.get().is_some() => {
-                let engine = self.engine_oom_killed().unwrap_or(false);
-                if !engine && self.killed_at_the_limit() {
+                if self.engine_oom_killed().unwrap_or(false) {
+                    return Ok(true);
+                }
+                let peak = self.last_peak.load(std::sync::atomic::Ordering::Relaxed);
+                let judged =
+                    self.ended_by_sigkill() && near_the_limit(peak, self.memory_limit_bytes);
+                if judged {
                     tracing::info!(
                         container = %self.id,
                         "taken for an OOM kill: ended by SIGKILL at {} of its {} MiB limit (the engine did not report one)",
-                        self.last_peak.load(std::sync::atomic::Ordering::Relaxed) >> 20,
+                        peak >> 20,
                         self.memory_limit_bytes >> 20,
                     );
-                    return Ok(true);
                 }
-                Ok(engine)
+                Ok(judged)
             }
             other => other,
         }

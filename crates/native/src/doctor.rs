@@ -73,7 +73,8 @@ fn kernel() -> Check {
     )
 }
 
-fn parse_version(release: &str) -> (u32, u32) {
+/// (major, minor) of a kernel release string such as `6.18.44-fc`.
+pub fn parse_version(release: &str) -> (u32, u32) {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse().ok());

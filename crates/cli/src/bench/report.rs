@@ -159,6 +159,7 @@ pub fn targets(r: &Report, x: &Extra) -> Vec<Target> {
                 "{:.1}× ({d:.0} ms / {p:.1} ms){}",
                 d / p,
                 warm_w2
+                    .filter(|w| *w > 0.0)
                     .map(|w| format!(
                         "; the already-warm interpreter itself, no sandbox at all: {:.1}×",
                         d / w

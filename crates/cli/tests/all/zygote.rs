@@ -168,9 +168,7 @@ fn template_is_single_threaded_without_shared_writable_mappings() {
 /// Whether this kernel has MADV_COLLAPSE (6.1) and THP is not `never`.
 fn collapse_supported() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let (major, minor) = kiln_native::doctor::parse_version(&release);
     let thp =
         std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     (major, minor) >= (6, 1) && !thp.is_empty() && !thp.contains("[never]")

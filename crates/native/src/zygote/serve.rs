@@ -307,7 +307,6 @@ fn check_mappings() -> io::Result<()> {
 /// collapsed.
 fn collapse_anonymous_memory() -> u64 {
     const HUGE: usize = 2 << 20;
-    const MADV_COLLAPSE: libc::c_int = 25;
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return 0;
     };
@@ -316,7 +315,8 @@ fn collapse_anonymous_memory() -> u64 {
         // SAFETY: advice on a range inside this process's own private
         // anonymous mappings; MADV_COLLAPSE moves their contents into huge
         // pages and changes nothing they hold.
-        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_COLLAPSE) };
+        let r =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_COLLAPSE) };
         if r == 0 {
             collapsed += (end - start) as u64;
         }
