@@ -117,10 +117,13 @@ pub fn repl(config: &Config, args: &ReplArgs) -> Result<ExitCode> {
         .unwrap_or_else(|p| p.into_inner())
         .take();
     let shared = shared.expect("the session was made through `sharing`");
-    watch_signals(&manager, &id, args.json)?;
-    let code = serve(&manager, &id, &shared, &gate, args)?;
+    watch_signals(&manager, sharing.clone(), &id, args.json)?;
+    let code = serve(&manager, &id, &shared, &gate, args);
     let _ = manager.close(&id);
-    Ok(code)
+    // The signal watcher keeps a reference to the manager (and so to the
+    // backend) until the process exits: stop the zygote now.
+    sharing.shutdown();
+    code
 }
 
 fn options(
@@ -177,7 +180,12 @@ const TERMINATED: u8 = 143;
 
 /// Ctrl-C interrupts the running cell; SIGTERM / SIGHUP end the session
 /// (killed if it is executing) and kiln.
-fn watch_signals(manager: &Arc<SessionManager>, id: &str, json: bool) -> Result<()> {
+fn watch_signals(
+    manager: &Arc<SessionManager>,
+    backend: Arc<dyn Backend + Send + Sync>,
+    id: &str,
+    json: bool,
+) -> Result<()> {
     let (manager, id) = (manager.clone(), id.to_string());
     signals::watch(move |signal| match signal {
         Signal::Interrupt => {
@@ -188,6 +196,9 @@ fn watch_signals(manager: &Arc<SessionManager>, id: &str, json: bool) -> Result<
         Signal::Terminate => {
             TERMINATING.store(true, Ordering::SeqCst);
             manager.close_all();
+            // This thread's copy of the manager is never dropped: stop the
+            // zygote (and remove its cgroup) before exiting.
+            backend.shutdown();
             std::process::exit(TERMINATED.into());
         }
     })?;
@@ -382,6 +393,10 @@ struct Sharing {
 impl Backend for Sharing {
     fn name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    fn shutdown(&self) {
+        self.backend.shutdown();
     }
 
     fn create_session(

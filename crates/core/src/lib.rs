@@ -58,6 +58,13 @@ pub trait Backend {
     /// Creates a sandbox that stays alive for many executions.
     fn create_session(&self, options: &SessionOptions) -> Result<Box<dyn Session>, BackendError>;
 
+    /// Stops what the backend keeps running between sessions (the native
+    /// backend's zygote template) and removes its cgroup, now rather than
+    /// when the backend is dropped: for a caller about to exit while
+    /// another thread still holds the backend. Sessions already made are
+    /// the caller's to close first. The default has nothing to stop.
+    fn shutdown(&self) {}
+
     /// Creates a sandbox, runs one piece of code in it, and destroys it.
     fn execute(
         &self,

@@ -391,6 +391,10 @@ impl Backend for NativeBackend {
         "native"
     }
 
+    fn shutdown(&self) {
+        self.spawner.shutdown();
+    }
+
     fn create_session(&self, options: &SessionOptions) -> Result<Box<dyn Session>, BackendError> {
         options.validate()?;
         let session = self.open_session(options)?;

@@ -82,6 +82,9 @@ pub trait Spawner: Send + Sync {
         cgroup_dir: Option<RawFd>,
         join_cgroup: &dyn Fn(libc::pid_t) -> io::Result<()>,
     ) -> Result<Spawned, SpawnError>;
+    /// Stops anything the spawner keeps running (a zygote template) and
+    /// removes its cgroup; later spawns fail. Nothing to do by default.
+    fn shutdown(&self) {}
 }
 
 /// A fresh process per sandbox: `clone3` from the calling process, then

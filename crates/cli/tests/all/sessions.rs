@@ -123,8 +123,10 @@ fn state_and_work_files_persist_across_executions() {
         "{v}"
     );
     assert_eq!(stdout(&r.ok("print(x, 'y' in globals())")), "41 False\n");
+    let kiln_pid = r.child.id();
     assert!(r.finish().success());
     assert_nothing_left_by("", &first);
+    assert_no_zygote_left_by(kiln_pid);
 }
 
 #[test]
@@ -256,9 +258,11 @@ fn terminating_kiln_mid_execution_leaves_nothing_behind() {
         pids_of(&first).len() >= 2
     });
     r.signal("-TERM");
+    let kiln_pid = r.child.id();
     let status = r.finish();
     assert_eq!(status.code(), Some(143));
     assert_nothing_left_by("", &first);
+    assert_no_zygote_left_by(kiln_pid);
 }
 
 #[test]
@@ -268,10 +272,12 @@ fn a_killed_kiln_leaves_nothing_once_the_next_kiln_starts() {
     r.send("while True:\n    pass");
     std::thread::sleep(Duration::from_millis(300));
     r.signal("-KILL");
+    let kiln_pid = r.child.id();
     let _ = r.finish();
     // PR_SET_PDEATHSIG takes the sandbox down with kiln; the next kiln
     // removes the cgroup the dead one left.
     wait_until("the sandbox is gone", || pids_of(&first).is_empty());
     expect_outcome(&run("print(1)"), "ok");
     assert_nothing_left_by("", &first);
+    assert_no_zygote_left_by(kiln_pid);
 }

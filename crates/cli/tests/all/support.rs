@@ -221,6 +221,34 @@ pub fn assert_nothing_left_by(pid_marker: &str, v: &Value) {
     assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
 
+/// The zygote template's cgroup of the kiln process `kiln_pid` (named
+/// `zygote-<pid>-<random>`) must be gone once that process has exited.
+#[track_caller]
+pub fn assert_no_zygote_left_by(kiln_pid: u32) {
+    let prefix = format!("zygote-{kiln_pid}-");
+    let left: Vec<_> = [
+        "/sys/fs/cgroup/memory/kiln",
+        "/sys/fs/cgroup/pids/kiln",
+        "/sys/fs/cgroup/kiln",
+    ]
+    .into_iter()
+    .filter_map(|parent| std::fs::read_dir(parent).ok())
+    .flat_map(|rd| rd.flatten())
+    .map(|e| e.path())
+    .filter(|p| {
+        p.is_dir()
+            && p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&prefix)
+    })
+    .collect();
+    assert!(
+        left.is_empty(),
+        "the zygote's cgroup was left behind: {left:?}"
+    );
+}
+
 pub fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD

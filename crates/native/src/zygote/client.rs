@@ -59,6 +59,8 @@ struct State {
     /// Templates replaced by a recycle, kept until their sandboxes are gone
     /// (a template's death would take its sandboxes with it).
     retired: Vec<Template>,
+    /// Set by [`Spawner::shutdown`]: no template is started again.
+    stopped: bool,
 }
 
 #[derive(Debug)]
@@ -230,6 +232,12 @@ impl Shared {
         join_cgroup: &dyn Fn(libc::pid_t) -> io::Result<()>,
     ) -> Result<Spawned, SpawnError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.stopped {
+            return Err(SpawnError::Step {
+                step: "zygote".into(),
+                source: io::Error::other("the zygote was shut down"),
+            });
+        }
         state.retired.retain(|t| !t.children.is_empty());
         let recycle = self.config.recycle_after;
         if let Some(t) = state.template.as_ref() {
@@ -446,7 +454,9 @@ impl RemoteReaper for ReaperHandle {
 impl Shared {
     fn status_once(&self, host_pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { template, retired } = &mut *state;
+        let State {
+            template, retired, ..
+        } = &mut *state;
         for t in template.iter_mut().chain(retired.iter_mut()) {
             let Some(&tns_pid) = t.children.get(&host_pid) else {
                 continue;
@@ -471,6 +481,16 @@ impl Shared {
 impl Spawner for ZygoteSpawner {
     fn kind(&self) -> &'static str {
         "zygote"
+    }
+
+    fn shutdown(&self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.stopped = true;
+        // Dropping a template stops it and removes its cgroup. That happens
+        // under the lock, so a second caller (a signal handler racing the
+        // main thread, both on their way out) returns only once it is done.
+        state.template = None;
+        state.retired.clear();
     }
 
     fn spawn(
