@@ -82,36 +82,59 @@ def _load_runner():
     return module
 
 
+def _set_environment(env):
+    """os.environ becomes exactly `env`, changing only what differs from
+    the template's: every object a fork writes to (even a reference count)
+    costs it a private copy of that page, so clearing and refilling the
+    whole mapping would cost a sandbox ~200 pages for nothing."""
+    for name in [name for name in os.environ if name not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _reseed_numpy(np):
+    """numpy's global generator (np.random.rand, np.random.seed's
+    RandomState) gets a fresh MT19937 key of 624 words from the kernel, and
+    position 624 so the next draw regenerates from it. Half the pages of
+    np.random.seed(), which derives the key through a SeedSequence; the
+    key here holds more entropy than that seed. (np.random.default_rng()
+    seeds each new generator from the kernel itself: nothing inherited.)"""
+    key = np.frombuffer(os.urandom(624 * 4), dtype=np.uint32)
+    np.random.set_state(("MT19937", key, 624))
+
+
 def _become_sandbox(runner, lib):
     """In a sealed child: this sandbox's environment and randomness, then the runner."""
     # The fork was Rust's clone3, not os.fork(): let the interpreter redo
     # what it does after a fork (locks, thread state, at-fork hooks — the
     # random module reseeds itself there).
     ctypes.pythonapi.PyOS_AfterFork_Child()
-    lib.kiln_zygote_child_env.restype = ctypes.c_char_p
-    env = json.loads(lib.kiln_zygote_child_env().decode("utf-8"))
-    os.environ.clear()
-    os.environ.update(dict(env))
+    env = dict(json.loads(lib.kiln_zygote_child_env().decode("utf-8")))
+    _set_environment(env)
     # Forked children share the template's random state: reseed every
     # generator from the kernel before any user code runs.
     import random
 
     random.seed()
     if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
-    sys.modules["kiln_runner"] = runner
+        _reseed_numpy(sys.modules["numpy"])
     # Settings the runner read from the template's environment at import:
     # read them again from this sandbox's.
     if hasattr(runner, "_configure"):
         runner._configure()
-    runner._IN_ZYGOTE_FORK = True
     runner.main()
 
 
 def main():
     _warm()
     runner = _load_runner()
+    # What each sandbox would otherwise write into shared pages, done once.
+    sys.modules["kiln_runner"] = runner
+    runner._IN_ZYGOTE_FORK = True
     lib = ctypes.CDLL(os.environ["KILN_ZYGOTE_LIB"])
+    lib.kiln_zygote_child_env.restype = ctypes.c_char_p
     _check_no_files()
     gc.freeze()  # keep the warmed objects' pages shared, copy-on-write
     rc = lib.kiln_zygote_serve(3)

@@ -260,3 +260,33 @@ fn raise_reaches_the_main_thread_in_a_fork() {
         assert_eq!(stdout(&v), "handled 1\n", "{spawner:?}");
     }
 }
+
+#[test]
+fn a_fork_has_exactly_the_environment_of_a_fresh_sandbox() {
+    // os.environ (Python's view) and the C environment a subprocess gets,
+    // in a fresh-process sandbox and in a fork of the template, whose own
+    // environment differs (it also names its library and the runner).
+    let code = "import json, os, subprocess, sys\n\
+        c = subprocess.run([sys.executable, '-c', 'import json, os; print(json.dumps(dict(os.environ)))'],\n\
+        \x20   capture_output=True, text=True, check=True).stdout\n\
+        print(json.dumps([dict(os.environ), json.loads(c)]))";
+    let mut seen = Vec::new();
+    for args in [
+        &["--environment", "open"][..],
+        &["--environment", "open", "--zygote"],
+    ] {
+        let (v, _) = run_with(code, args, &[("KILN_CONFIG", open_config())]);
+        expect_outcome(&v, "ok");
+        let both: Value = serde_json::from_str(stdout(&v).trim()).unwrap();
+        assert_eq!(
+            both[0], both[1],
+            "os.environ and the C environment disagree ({args:?})"
+        );
+        seen.push(both[0].clone());
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "a fork of the template and a fresh sandbox have different environments"
+    );
+    assert!(seen[1].get("KILN_ZYGOTE_LIB").is_none(), "{}", seen[1]);
+}
