@@ -48,12 +48,15 @@ impl Default for PoolConfig {
     }
 }
 
-/// kiln's default warm-up: the execution path itself, no user code. `pass`
-/// rather than `print()`: the first output also starts the runner's flusher
-/// thread and touches the stream path, ~0.2 MiB more private memory in every
-/// idle sandbox (`kiln bench --quick`: idle USS 3.95-4.0 MiB with `pass`,
-/// 4.2 MiB with `print()`), for ~0.3 ms less on a request's first `print`.
-pub const WARM_UP: &str = "pass";
+/// kiln's default warm-up: the execution path itself, no user code.
+/// `print(end="")` goes through `print`, `sys.stdout` and the runner's stream
+/// sink but queues no text, so it does not start the runner's flusher thread:
+/// a request's first real output pays for that thread (~0.2 ms), and every
+/// idle sandbox is spared its pages. `kiln bench --quick` (release, n = 5,
+/// three runs each): with `print()` idle USS 4.18-4.19 MiB, W1 p50
+/// 1.6-1.9 ms; with `pass` 3.95-4.08 MiB, 1.5-2.05 ms (2.13 ms in a full
+/// run); with `print(end="")` 3.98-4.16 MiB, 1.74-1.80 ms.
+pub const WARM_UP: &str = "print(end=\"\")";
 
 /// Counts for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
