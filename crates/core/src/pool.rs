@@ -379,6 +379,10 @@ impl Session for PooledSession {
         self.inner().is_alive()
     }
 
+    fn startup_steps(&self) -> Vec<(String, std::time::Duration)> {
+        self.inner().startup_steps()
+    }
+
     fn write_file(&mut self, path: &str, data: &[u8]) -> Result<(), crate::FileError> {
         self.inner_mut().write_file(path, data)
     }

@@ -42,12 +42,21 @@ use std::collections::BTreeMap;
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// Startup steps of a `ready` frame the supervisor keeps.
+pub const MAX_STARTUP_STEPS: usize = 32;
+
 /// Frames the runner sends out of the sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunnerMsg {
-    /// The runner is up and waits for code.
-    Ready,
+    /// The runner is up and waits for code. A fork of the zygote adds when
+    /// each of its containment steps ended: `[step, CLOCK_MONOTONIC ns]`, in
+    /// order, the first `start` (for `kiln bench` and debug logs; the
+    /// supervisor keeps at most [`MAX_STARTUP_STEPS`]).
+    Ready {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        steps: Vec<(String, u64)>,
+    },
     Stdout {
         text: String,
     },
@@ -141,7 +150,7 @@ impl RunnerMsg {
                 value,
                 traceback,
             },
-            RunnerMsg::Ready
+            RunnerMsg::Ready { .. }
             | RunnerMsg::Done { .. }
             | RunnerMsg::FileData { .. }
             | RunnerMsg::FileList { .. } => return None,
@@ -296,7 +305,10 @@ mod tests {
     #[test]
     fn round_trip_one_byte_at_a_time() {
         let msgs = vec![
-            RunnerMsg::Ready,
+            RunnerMsg::Ready { steps: Vec::new() },
+            RunnerMsg::Ready {
+                steps: vec![("start".into(), 1), ("seccomp".into(), 900)],
+            },
             RunnerMsg::Stdout {
                 text: "héllo\n".into(),
             },

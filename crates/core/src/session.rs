@@ -35,6 +35,13 @@ pub trait Session: Send {
     /// Whether the sandbox still runs (false once it died or was killed).
     fn is_alive(&self) -> bool;
 
+    /// How long each step of this sandbox's start took inside it, in order
+    /// (the native backend's zygote forks: each containment step, then the
+    /// runner's start); empty where the backend does not measure them.
+    fn startup_steps(&self) -> Vec<(String, std::time::Duration)> {
+        Vec::new()
+    }
+
     /// Writes `data` to the regular file `/work/<path>` between executions,
     /// creating missing parent directories. `path` must be
     /// [plain relative](crate::is_plain_relative); no symlink is followed on

@@ -44,21 +44,70 @@ pub enum Finish {
     Return,
 }
 
+/// When each step of [`contain_steps`] ended (`CLOCK_MONOTONIC`, ns), after
+/// a first mark `start` taken as the child begins. Fixed capacity: nothing
+/// is allocated between the fork and the end of the sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct StepClock {
+    marks: [(&'static str, u64); 16],
+    len: usize,
+}
+
+impl StepClock {
+    fn started() -> Self {
+        let mut clock = Self {
+            marks: [("", 0); 16],
+            len: 0,
+        };
+        clock.mark("start");
+        clock
+    }
+
+    /// For a fork: `start` is when the parent was about to fork (a value
+    /// the child finds in its copy of the parent's memory), and a first
+    /// step `fork` ends now, as the child begins.
+    fn forked_at(before_fork_ns: u64) -> Self {
+        let mut clock = Self {
+            marks: [("", 0); 16],
+            len: 1,
+        };
+        clock.marks[0] = ("start", before_fork_ns);
+        clock.mark("fork");
+        clock
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        if let Some(slot) = self.marks.get_mut(self.len) {
+            *slot = (name, sys::monotonic_ns());
+            self.len += 1;
+        }
+    }
+
+    /// `(step, monotonic ns when it ended)`, in order.
+    pub fn marks(&self) -> &[(&'static str, u64)] {
+        &self.marks[..self.len]
+    }
+}
+
 /// Runs steps 2–8 and execs the runner. Only returns by `_exit`.
 pub fn contain(plan: &SandboxPlan<'_>, fds: &ChildFds) -> ! {
-    match contain_steps(&LinuxKernel, plan, fds, Finish::Exec) {
+    let mut clock = StepClock::started();
+    match contain_steps(&LinuxKernel, plan, fds, Finish::Exec, &mut clock) {
         Ok(()) => sys::exit_now(127),
         Err(failure) => report_and_exit(fds, failure),
     }
 }
 
-/// Runs steps 2–8 and returns, sealed, into the calling (zygote) process.
-/// On failure it reports the step and `_exit`s: a half-contained fork never
-/// returns to Python.
-pub fn contain_in_place(plan: &SandboxPlan<'_>, fds: &ChildFds) {
-    if let Err(failure) = contain_steps(&LinuxKernel, plan, fds, Finish::Return) {
+/// Runs steps 2–8 and returns, sealed, into the calling (zygote) process,
+/// with when each step ended (`before_fork_ns`: the parent's clock just
+/// before `clone3`). On failure it reports the step and `_exit`s: a
+/// half-contained fork never returns to Python.
+pub fn contain_in_place(plan: &SandboxPlan<'_>, fds: &ChildFds, before_fork_ns: u64) -> StepClock {
+    let mut clock = StepClock::forked_at(before_fork_ns);
+    if let Err(failure) = contain_steps(&LinuxKernel, plan, fds, Finish::Return, &mut clock) {
         report_and_exit(fds, failure)
     }
+    clock
 }
 
 fn report_and_exit(fds: &ChildFds, (step, err): (&'static str, io::Error)) -> ! {
@@ -80,16 +129,18 @@ fn fds_moved(step: &str) -> bool {
 
 type StepResult<T> = Result<T, (&'static str, io::Error)>;
 
-fn step<T>(name: &'static str, r: io::Result<T>) -> StepResult<T> {
-    r.map_err(|e| (name, e))
-}
-
 fn contain_steps<K: Kernel>(
     k: &K,
     plan: &SandboxPlan,
     fds: &ChildFds,
     finish: Finish,
+    clock: &mut StepClock,
 ) -> StepResult<()> {
+    let mut step = |name: &'static str, r: io::Result<()>| -> StepResult<()> {
+        r.map_err(|e| (name, e))?;
+        clock.mark(name);
+        Ok(())
+    };
     // Step 1 happened in clone3. Wait until the parent has written the id
     // maps and (v1) placed us in the sandbox cgroup.
     step("wait-for-parent", wait_for_parent(k, fds.sync_read))?;

@@ -4,7 +4,7 @@
 //! of these calls still "works", it just leaves a hole. Each test says why
 //! its order matters.
 
-use super::{contain_steps, ChildFds, CHANNEL_FD, ERROR_FD};
+use super::{contain_steps, ChildFds, StepClock, CHANNEL_FD, ERROR_FD};
 use crate::kernel::fake::{Call, RecordingKernel, INJECTED_ERRNO, LAST_CAP};
 use crate::plan::{RootPlan, SandboxPlan};
 use crate::seccomp::SeccompPolicy;
@@ -73,12 +73,18 @@ fn with_plan<T>(f: impl FnOnce(&SandboxPlan) -> T) -> T {
 /// Runs the sequence on `k`; it can only end in an error (a real execve
 /// would not return).
 fn run(k: &RecordingKernel) -> (&'static str, io::Error) {
-    with_plan(
-        |plan| match contain_steps(k, plan, &FDS, super::Finish::Exec) {
+    with_plan(|plan| {
+        match contain_steps(
+            k,
+            plan,
+            &FDS,
+            super::Finish::Exec,
+            &mut StepClock::started(),
+        ) {
             Ok(()) => unreachable!("Finish::Exec never returns Ok"),
             Err(e) => e,
-        },
-    )
+        }
+    })
 }
 
 /// The calls of a run in which nothing fails.
@@ -756,7 +762,14 @@ fn egress_brings_lo_up_before_capabilities_go_and_binds_the_socket_read_only() {
     );
     assert!(plan.egress);
     let k = RecordingKernel::new();
-    let (step, _) = contain_steps(&k, &plan, &FDS, super::Finish::Exec).unwrap_err();
+    let (step, _) = contain_steps(
+        &k,
+        &plan,
+        &FDS,
+        super::Finish::Exec,
+        &mut StepClock::started(),
+    )
+    .unwrap_err();
     assert_eq!(step, "execve");
     let calls = k.calls();
     let lo = first(&calls, "loopback_up", named("loopback_up"));
@@ -788,4 +801,32 @@ fn egress_brings_lo_up_before_capabilities_go_and_binds_the_socket_read_only() {
         .iter()
         .any(|c| c.name == "loopback_up" || c.args.contains("egress")));
     assert!(!plain.iter().any(|c| c.args.contains("tcp=")));
+}
+
+#[test]
+fn the_step_clock_marks_each_step_that_ran_in_order() {
+    let k = RecordingKernel::new();
+    let mut clock = StepClock::started();
+    let (step, _) =
+        with_plan(|plan| contain_steps(&k, plan, &FDS, super::Finish::Exec, &mut clock))
+            .unwrap_err();
+    assert_eq!(step, "execve");
+    let names: Vec<&str> = clock.marks().iter().map(|m| m.0).collect();
+    // `start`, then every step up to seccomp: execve does not return.
+    assert_eq!(names[0], "start");
+    assert_eq!(names[1..], STEPS[..STEPS.len() - 1]);
+    assert!(
+        clock.marks().windows(2).all(|w| w[0].1 <= w[1].1),
+        "{:?}",
+        clock.marks()
+    );
+}
+
+#[test]
+fn a_fork_s_clock_starts_before_the_fork() {
+    let clock = StepClock::forked_at(5);
+    let marks = clock.marks();
+    assert_eq!(marks[0], ("start", 5));
+    assert_eq!(marks[1].0, "fork");
+    assert!(marks[1].1 >= 5);
 }

@@ -25,6 +25,8 @@ pub struct NativeSession {
     link: Link,
     /// Why the sandbox did not start, reported by the first execution.
     failed_start: Option<Supervised>,
+    /// How long each step of the start took inside the sandbox (zygote forks).
+    startup_steps: Vec<(String, std::time::Duration)>,
     torn_down: bool,
     /// What the sandbox holds on the host (its cgroup and uid, or its
     /// container): accounts for it and tears it down.
@@ -69,6 +71,7 @@ impl NativeSession {
             isolation,
             link,
             failed_start: None,
+            startup_steps: Vec::new(),
             torn_down: false,
             host,
         }
@@ -83,7 +86,13 @@ impl NativeSession {
         let started = supervisor::start(&mut self.link, &self.limits, setup, acct);
         tracing::debug!(ready_us = t0.elapsed().as_micros() as u64, "runner ready");
         match started {
-            Ok(()) => true,
+            Ok(steps) => {
+                if !steps.is_empty() {
+                    tracing::debug!(?steps, "the sandbox's start, step by step");
+                }
+                self.startup_steps = steps;
+                true
+            }
             Err(failed) => {
                 self.failed_start = Some(failed);
                 false
@@ -198,6 +207,10 @@ impl NativeSession {
 impl Session for NativeSession {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn startup_steps(&self) -> Vec<(String, std::time::Duration)> {
+        self.startup_steps.clone()
     }
 
     fn execute(

@@ -294,17 +294,21 @@ struct Run<'a> {
     cpu_start: u64,
     /// Whether `pids.max` had been hit before this step (the count is cumulative).
     pids_hit_before: bool,
+    /// What the runner's `ready` reported of the sandbox's start.
+    startup_steps: Vec<(String, Duration)>,
 }
 
 /// Waits for the runner's `ready` and, for a session with environment or
 /// files, sends `setup` and waits for its `done`. On failure the sandbox is
-/// dead and the result says why (with whatever the runner printed).
+/// dead and the result says why (with whatever the runner printed). On
+/// success, how long each step of the sandbox's start took inside it, where
+/// the runner reported them ([`startup_durations`]).
 pub fn start(
     link: &mut Link,
     limits: &Limits,
     setup: Option<&SupervisorMsg>,
     acct: &dyn Accounting,
-) -> Result<(), Supervised> {
+) -> Result<Vec<(String, Duration)>, Supervised> {
     let mut ignore = |_: &Event| {};
     let mut run = Run::new(link, limits, &mut ignore, Phase::Starting, STARTUP_TIMEOUT);
     run.setup = setup.map(protocol::encode);
@@ -319,7 +323,7 @@ pub fn start(
                 _ => None,
             })
             .collect();
-        return Ok(());
+        return Ok(std::mem::take(&mut run.startup_steps));
     }
     Err(run.finish(acct))
 }
@@ -372,6 +376,7 @@ impl<'a> Run<'a> {
             limits_hit: Vec::new(),
             cpu_start: 0,
             pids_hit_before: false,
+            startup_steps: Vec::new(),
         }
     }
 
@@ -481,8 +486,8 @@ impl<'a> Run<'a> {
             };
         }
         match msg {
-            RunnerMsg::Ready if self.phase == Phase::Starting => self.on_ready(),
-            RunnerMsg::Ready => self.violation("runner said ready twice".into()),
+            RunnerMsg::Ready { steps } if self.phase == Phase::Starting => self.on_ready(steps),
+            RunnerMsg::Ready { .. } => self.violation("runner said ready twice".into()),
             _ if self.phase == Phase::Starting => {
                 self.violation("output before the code was sent".into())
             }
@@ -508,7 +513,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn on_ready(&mut self) {
+    fn on_ready(&mut self, steps: Vec<(String, u64)>) {
+        self.startup_steps = startup_durations(&steps, sys::monotonic_ns());
         let Some(frame) = self.setup.take() else {
             self.phase = Phase::Finished;
             return;
@@ -1134,9 +1140,29 @@ impl AnswerCheck {
     }
 }
 
+/// The steps of a `ready` frame (`[step, monotonic ns when it ended]`, the
+/// first `start`) as durations: each step from the end of the one before,
+/// and a last `runner` from the end of the last step until `ready` arrived
+/// (`now_ns`): in a zygote fork, Python's after-fork work, the sandbox's
+/// environment and reseeding, and the runner's start. Nothing without steps;
+/// at most [`protocol::MAX_STARTUP_STEPS`]; a clock that went backwards (a
+/// forged frame) counts as zero.
+pub fn startup_durations(steps: &[(String, u64)], now_ns: u64) -> Vec<(String, Duration)> {
+    let steps = &steps[..steps.len().min(protocol::MAX_STARTUP_STEPS)];
+    let Some(last) = steps.last() else {
+        return Vec::new();
+    };
+    let gap = |from: u64, to: u64| Duration::from_nanos(to.saturating_sub(from));
+    steps
+        .windows(2)
+        .map(|w| (w[1].0.clone(), gap(w[0].1, w[1].1)))
+        .chain(std::iter::once(("runner".to_string(), gap(last.1, now_ns))))
+        .collect()
+}
+
 fn frame_type(msg: &RunnerMsg) -> &'static str {
     match msg {
-        RunnerMsg::Ready => "ready",
+        RunnerMsg::Ready { .. } => "ready",
         RunnerMsg::Stdout { .. } => "stdout",
         RunnerMsg::Stderr { .. } => "stderr",
         RunnerMsg::Display { .. } => "display",
@@ -1152,6 +1178,34 @@ fn frame_type(msg: &RunnerMsg) -> &'static str {
 mod tests {
     use super::*;
     use kiln_core::protocol::WireEntry;
+
+    #[test]
+    fn startup_steps_become_durations_ending_with_the_runner() {
+        let steps: Vec<(String, u64)> = [("start", 1_000), ("signals", 1_500), ("seccomp", 4_000)]
+            .map(|(n, t)| (n.to_string(), t))
+            .to_vec();
+        let us = |d: Duration| d.as_nanos() as u64;
+        let got: Vec<(String, u64)> = startup_durations(&steps, 10_000)
+            .into_iter()
+            .map(|(n, d)| (n, us(d)))
+            .collect();
+        let want: Vec<(String, u64)> = [("signals", 500), ("seccomp", 2_500), ("runner", 6_000)]
+            .map(|(n, t)| (n.to_string(), t))
+            .to_vec();
+        assert_eq!(got, want);
+        assert!(
+            startup_durations(&[], 10).is_empty(),
+            "a fresh process reports none"
+        );
+        // A clock that goes backwards (a forged frame) gives zero, not a panic.
+        let back = [("start".to_string(), 9), ("signals".to_string(), 3)];
+        assert_eq!(startup_durations(&back, 1)[0].1, Duration::ZERO);
+        let many: Vec<(String, u64)> = (0..100).map(|i| (format!("s{i}"), i)).collect();
+        assert_eq!(
+            startup_durations(&many, 100).len(),
+            protocol::MAX_STARTUP_STEPS
+        );
+    }
 
     fn done(status: &str) -> RunnerMsg {
         RunnerMsg::Done {
@@ -1235,7 +1289,10 @@ mod tests {
                 Expect::Nothing,
                 vec![RunnerMsg::Stdout { text: "hi".into() }],
             ),
-            (Expect::Nothing, vec![RunnerMsg::Ready]),
+            (
+                Expect::Nothing,
+                vec![RunnerMsg::Ready { steps: Vec::new() }],
+            ),
             (
                 Expect::Data(3),
                 vec![RunnerMsg::File {

@@ -386,6 +386,18 @@ pub fn execve(
     io::Error::last_os_error()
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds (the same clock in every sandbox: kiln
+/// makes no time namespace). A syscall-free vDSO read, safe after fork.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
 /// Ends the child at once, without running destructors or atexit handlers.
 pub fn exit_now(code: libc::c_int) -> ! {
     // SAFETY: _exit is always safe to call and does not return.

@@ -121,6 +121,9 @@ _configure()
 # True in a sandbox forked from the zygote: the fork is already not
 # dumpable (no execve reset it) and the template added the site dir.
 _IN_ZYGOTE_FORK = False
+# In a fork of the zygote: [[step, monotonic ns], ...] of its containment,
+# passed on in the ready frame.
+_STARTUP_STEPS = None
 
 CHANNEL_FD = 3
 CELL = "<cell>"
@@ -1828,7 +1831,10 @@ def main():
         os.makedirs(OUT_DIR, exist_ok=True)
     except OSError:
         pass
-    CHANNEL.send({"type": "ready"})
+    ready = {"type": "ready"}
+    if _STARTUP_STEPS:
+        ready["steps"] = _STARTUP_STEPS
+    CHANNEL.send(ready)
     _serve()
     CHANNEL.flush()
     _os_exit(0)

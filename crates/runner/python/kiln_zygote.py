@@ -124,6 +124,8 @@ def _become_sandbox(runner, lib):
     # read them again from this sandbox's.
     if hasattr(runner, "_configure"):
         runner._configure()
+    # When each containment step ended, for the ready frame (kiln bench).
+    runner._STARTUP_STEPS = json.loads(lib.kiln_zygote_child_steps())
     runner.main()
 
 
@@ -135,6 +137,7 @@ def main():
     runner._IN_ZYGOTE_FORK = True
     lib = ctypes.CDLL(os.environ["KILN_ZYGOTE_LIB"])
     lib.kiln_zygote_child_env.restype = ctypes.c_char_p
+    lib.kiln_zygote_child_steps.restype = ctypes.c_char_p
     _check_no_files()
     gc.freeze()  # keep the warmed objects' pages shared, copy-on-write
     rc = lib.kiln_zygote_serve(3)

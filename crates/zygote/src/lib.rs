@@ -4,7 +4,7 @@
 //! forked sandbox it returns 0, after the containment steps, so the only
 //! code between the fork and the sandbox being sealed is Rust.
 // No unsafe blocks: the only `unsafe_code` lint here is `#[no_mangle]`,
-// on two exported C symbols with names no other library uses.
+// on three exported C symbols with names no other library uses.
 #![deny(unsafe_code)]
 
 use std::ffi::c_char;
@@ -24,6 +24,16 @@ pub extern "C" fn kiln_zygote_serve(ctrl: c_int) -> c_int {
 #[no_mangle]
 pub extern "C" fn kiln_zygote_child_env() -> *const c_char {
     kiln_native::zygote::serve::CHILD_ENV
+        .get()
+        .map_or(c"[]".as_ptr(), |s| s.as_ptr())
+}
+
+/// In a sandbox child: when each containment step ended, as a JSON list of
+/// `[step, CLOCK_MONOTONIC ns]` (NUL-terminated, owned by the library).
+#[allow(unsafe_code)]
+#[no_mangle]
+pub extern "C" fn kiln_zygote_child_steps() -> *const c_char {
+    kiln_native::zygote::serve::CHILD_STEPS
         .get()
         .map_or(c"[]".as_ptr(), |s| s.as_ptr())
 }

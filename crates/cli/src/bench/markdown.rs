@@ -226,12 +226,28 @@ pub fn render(r: &Report, x: &Extra, chart_note: Option<&str>) -> String {
     }
     w(&mut s, String::new());
     if !x.steps.is_empty() {
+        let slowest = x
+            .steps
+            .iter()
+            .filter(|st| st.step.starts_with("in the fork:"))
+            .max_by(|a, b| a.p50_ms.total_cmp(&b.p50_ms))
+            .map(|st| {
+                format!(
+                    " The slowest step inside the fork: `{}`, {:.3} ms.",
+                    st.step, st.p50_ms
+                )
+            })
+            .unwrap_or_default();
         w(
             &mut s,
-            "Single steps, measured on their own (the child's own steps — mounts, \
-            Landlock, seccomp — run inside `create` and are not timed separately; the kernel's \
-            share of the namespaces is measured with `unshare(1)`):"
-                .into(),
+            format!(
+                "Single steps. `in the fork:` rows are the containment steps as a fork of the \
+                zygote timed them itself (`CLOCK_MONOTONIC` at the end of each step, sent in \
+                its `ready` frame; medians of sandboxes made one after another, each step from \
+                the end of the one before, `runner` until `ready` arrived). The cgroup is made \
+                and removed on its own, and the kernel's share of the namespaces is measured with \
+                `unshare(1)`.{slowest}"
+            ),
         );
         w(&mut s, String::new());
         w(&mut s, "| step | p50 ms | what it covers |".into());

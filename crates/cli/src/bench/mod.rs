@@ -274,6 +274,14 @@ pub fn bench(config: &Config, config_path: Option<&Path>, args: &BenchArgs) -> R
     // The per-step cost of making a sandbox.
     say("per-step costs");
     let mut step_rows = Vec::new();
+    match steps::in_fork(
+        &*methods.backend,
+        &methods.options,
+        if quick { 10 } else { 30 },
+    ) {
+        Ok(s) => step_rows.extend(s),
+        Err(e) => notes.push(format!("in-fork step timing failed: {e}")),
+    }
     match steps::cgroup(config, &limits, if quick { 10 } else { 30 }) {
         Ok(s) => step_rows.extend(s),
         Err(e) => notes.push(format!("cgroup step timing failed: {e}")),

@@ -1,11 +1,12 @@
-//! The per-step cost of creating a sandbox, as far as it can be seen
-//! without instrumenting the child: the supervisor-visible phases of every
-//! kiln sandbox measured in the latency runs (create / execute / close),
-//! the cgroup made and removed on its own, and the kernel's price of each
-//! namespace (`unshare(1)` with one more namespace at a time; each step's
-//! cost is the difference of medians).
+//! The per-step cost of creating a sandbox: the supervisor-visible phases of
+//! every kiln sandbox measured in the latency runs (create / execute /
+//! close), each containment step inside a fork of the zygote (as the child
+//! reports it in its `ready` frame), the cgroup made and removed on its own,
+//! and the kernel's price of each namespace (`unshare(1)` with one more
+//! namespace at a time; each step's cost is the difference of medians).
 
 use super::stats::median;
+use kiln_core::{Backend, SessionOptions};
 use kiln_native::cgroup::CgroupManager;
 use kiln_policy::{Config, Limits};
 use serde::Serialize;
@@ -25,6 +26,75 @@ pub fn step(name: &str, ms: f64, covers: &str) -> Step {
         p50_ms: (ms * 1000.0).round() / 1000.0,
         covers: covers.into(),
     }
+}
+
+/// What each step a fork reports covers (`crates/native/src/jail.rs`).
+const IN_FORK: [(&str, &str); 15] = [
+    ("fork", "the template's clone3 (its address space copied, the namespaces made) until the child runs"),
+    (
+        "wait-for-parent",
+        "from the fork until the supervisor wrote the id maps and moved the child into its cgroup",
+    ),
+    ("signals", "default dispositions, empty mask"),
+    ("cgroup-namespace", "unshare(CLONE_NEWCGROUP)"),
+    ("hostname", "sethostname"),
+    ("loopback", "lo up (egress environments only)"),
+    (
+        "sandbox-ids",
+        "setgroups, setresgid, setresuid to the sandbox's uid",
+    ),
+    ("make-private", "the inherited mount tree made private"),
+    (
+        "build-root",
+        "mounts: tmpfs root, the runtime bound read-only, /work, /tmp, /proc, /dev, pivot_root",
+    ),
+    (
+        "drop-privileges",
+        "every capability set emptied, securebits locked",
+    ),
+    ("harden", "no_new_privs, not dumpable, rlimits"),
+    ("fds", "fds 0-4 arranged, every other closed"),
+    ("landlock", "the Landlock ruleset built and enforced"),
+    (
+        "seccomp",
+        "the seccomp filters loaded (the kernel checks and compiles each)",
+    ),
+    (
+        "runner",
+        "Python: after-fork hooks, the sandbox's environment, reseeding, the runner until `ready`",
+    ),
+];
+
+/// Each step of a zygote fork's start, as the fork itself timed it: `n`
+/// sandboxes made and closed one after another. Empty when the backend
+/// does not report steps (a fresh process per sandbox).
+pub fn in_fork(
+    backend: &dyn Backend,
+    options: &SessionOptions,
+    n: usize,
+) -> Result<Vec<Step>, String> {
+    let mut samples: Vec<(String, Vec<f64>)> = Vec::new();
+    for _ in 0..n {
+        let session = backend.create_session(options).map_err(|e| e.to_string())?;
+        for (name, took) in session.startup_steps() {
+            let ms = took.as_secs_f64() * 1e3;
+            match samples.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => samples.push((name, vec![ms])),
+            }
+        }
+        session.close();
+    }
+    Ok(samples
+        .iter()
+        .map(|(name, v)| {
+            let covers = IN_FORK
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, c)| c);
+            step(&format!("in the fork: {name}"), median(v), covers)
+        })
+        .collect())
 }
 
 /// Creating (limits written) and removing a sandbox cgroup on its own.

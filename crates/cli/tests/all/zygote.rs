@@ -290,3 +290,39 @@ fn a_fork_has_exactly_the_environment_of_a_fresh_sandbox() {
     );
     assert!(seen[1].get("KILN_ZYGOTE_LIB").is_none(), "{}", seen[1]);
 }
+
+#[test]
+fn a_fork_reports_how_long_each_of_its_steps_took() {
+    let mut child = kiln()
+        .env("KILN_LOG", "kiln_native=debug")
+        .args(["run", "--json", "--zygote", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"print(1)").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    expect_outcome(&v, "ok");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("the sandbox's start, step by step"))
+        .unwrap_or_else(|| panic!("no step timing in the debug log:\n{log}"));
+    // Every step of the containment sequence, in order, then the runner.
+    let mut at = 0;
+    for step in [
+        "fork",
+        "wait-for-parent",
+        "build-root",
+        "landlock",
+        "seccomp",
+        "runner",
+    ] {
+        let found = line[at..]
+            .find(&format!("(\"{step}\", "))
+            .unwrap_or_else(|| panic!("no step {step} after byte {at} in {line}"));
+        at += found + 1;
+    }
+}

@@ -23,6 +23,10 @@ use std::path::Path;
 /// Python to apply (it cannot see a C-level `setenv`).
 pub static CHILD_ENV: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
 
+/// In a forked child: when each containment step ended, as a JSON list of
+/// `[step, monotonic ns]`, for the runner's `ready` frame.
+pub static CHILD_STEPS: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
 /// Forks made by this template, for the periodic mapping check.
 static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -198,15 +202,18 @@ fn fork(
         args.flags |= libc::CLONE_CHILD_SETTID as u64;
         args.child_tid = addr as u64;
     }
+    let before_fork_ns = sys::monotonic_ns();
     // SAFETY: the template was just checked to be single-threaded, and
     // `args` points at live memory.
     match unsafe { sys::clone3(&mut args) }? {
         Forked::Child => {
-            jail::contain_in_place(&plan, &child_fds);
+            let clock = jail::contain_in_place(&plan, &child_fds, before_fork_ns);
             // Containment closed every fd but 0..=3 (the received ones
             // included); dropping their owners would close them twice.
             std::mem::forget(fds);
             let _ = CHILD_ENV.set(std::ffi::CString::new(env_json).unwrap_or_default());
+            let steps = serde_json::to_string(clock.marks()).unwrap_or_else(|_| "[]".into());
+            let _ = CHILD_STEPS.set(std::ffi::CString::new(steps).unwrap_or_default());
             Ok(Forked::Child)
         }
         Forked::Parent { pid } => {
