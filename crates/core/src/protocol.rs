@@ -8,7 +8,8 @@
 //!
 //! # The conversation
 //!
-//! The runner sends `ready`. The supervisor may send one `setup` (answered
+//! The runner sends `ready` (a fork of the zygote adds `steps`: when each of
+//! its containment steps ended). The supervisor may send one `setup` (answered
 //! by `done`), then, one at a time, any number of requests, each answered
 //! in full before the next is sent:
 //!
