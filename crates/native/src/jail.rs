@@ -54,26 +54,24 @@ pub struct StepClock {
 }
 
 impl StepClock {
+    /// `start` is now.
     fn started() -> Self {
-        let mut clock = Self {
-            marks: [("", 0); 16],
-            len: 0,
-        };
-        clock.mark("start");
-        clock
+        Self::starting_at(sys::monotonic_ns())
     }
 
     /// For a fork: `start` is when the parent was about to fork (a value
     /// the child finds in its copy of the parent's memory), and a first
     /// step `fork` ends now, as the child begins.
     fn forked_at(before_fork_ns: u64) -> Self {
-        let mut clock = Self {
-            marks: [("", 0); 16],
-            len: 1,
-        };
-        clock.marks[0] = ("start", before_fork_ns);
+        let mut clock = Self::starting_at(before_fork_ns);
         clock.mark("fork");
         clock
+    }
+
+    fn starting_at(start_ns: u64) -> Self {
+        let mut marks = [("", 0); 16];
+        marks[0] = ("start", start_ns);
+        Self { marks, len: 1 }
     }
 
     fn mark(&mut self, name: &'static str) {

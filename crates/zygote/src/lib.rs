@@ -23,9 +23,7 @@ pub extern "C" fn kiln_zygote_serve(ctrl: c_int) -> c_int {
 #[allow(unsafe_code)]
 #[no_mangle]
 pub extern "C" fn kiln_zygote_child_env() -> *const c_char {
-    kiln_native::zygote::serve::CHILD_ENV
-        .get()
-        .map_or(c"[]".as_ptr(), |s| s.as_ptr())
+    json_list(&kiln_native::zygote::serve::CHILD_ENV)
 }
 
 /// In a sandbox child: when each containment step ended, as a JSON list of
@@ -33,7 +31,10 @@ pub extern "C" fn kiln_zygote_child_env() -> *const c_char {
 #[allow(unsafe_code)]
 #[no_mangle]
 pub extern "C" fn kiln_zygote_child_steps() -> *const c_char {
-    kiln_native::zygote::serve::CHILD_STEPS
-        .get()
-        .map_or(c"[]".as_ptr(), |s| s.as_ptr())
+    json_list(&kiln_native::zygote::serve::CHILD_STEPS)
+}
+
+/// The JSON list a forked child was given, or `[]` outside one.
+fn json_list(cell: &std::sync::OnceLock<std::ffi::CString>) -> *const c_char {
+    cell.get().map_or(c"[]".as_ptr(), |s| s.as_ptr())
 }

@@ -336,9 +336,7 @@ fn collapse_anonymous_memory() -> u64 {
 fn huge_candidates(maps: &str, huge: usize) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let path = f.nth(3).unwrap_or("");
+            let (range, perms, path) = maps_fields(line);
             if perms != "rw-p" || !(path.is_empty() || path == "[heap]") {
                 return None;
             }
@@ -364,9 +362,17 @@ fn thread_count() -> io::Result<u32> {
 /// The first mapping that is both writable and shared (`rw-s`), if any.
 pub(crate) fn shared_writable_mapping(maps: &str) -> Option<&str> {
     maps.lines().find(|l| {
-        let perms = l.split_whitespace().nth(1).unwrap_or("");
-        perms.len() == 4 && perms.as_bytes()[1] == b'w' && perms.as_bytes()[3] == b's'
+        let perms = maps_fields(l).1.as_bytes();
+        perms.len() == 4 && perms[1] == b'w' && perms[3] == b's'
     })
+}
+
+/// The address range, permissions and path (`""` for anonymous memory) of
+/// one `/proc/<pid>/maps` line; a missing field is `""`.
+fn maps_fields(line: &str) -> (&str, &str, &str) {
+    let mut f = line.split_whitespace();
+    let (range, perms) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+    (range, perms, f.nth(3).unwrap_or(""))
 }
 
 fn reap(pid: i32) -> Option<i32> {
