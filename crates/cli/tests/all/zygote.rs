@@ -155,6 +155,17 @@ fn template_is_single_threaded_without_shared_writable_mappings() {
             .unwrap();
         assert!(huge_kib >= 2048, "no huge page in the template:\n{rollup}");
     }
+    // Python's objects sit side by side in one 2 MiB-aligned region (not in
+    // 1 MiB arenas scattered between the libraries), so they can be huge pages.
+    let smaps = std::fs::read_to_string(format!("/proc/{template_pid}/smaps")).unwrap();
+    let (rss_kib, huge_kib) = largest_aligned_anonymous_region(&smaps);
+    assert!(
+        rss_kib >= 16 << 10,
+        "no region holding the template's objects (largest aligned anonymous mapping: {rss_kib} KiB)"
+    );
+    if collapse_supported() {
+        assert!(huge_kib >= 2048, "the objects' region has no huge page");
+    }
     let environ = std::fs::read(format!("/proc/{template_pid}/environ")).unwrap();
     assert!(
         !String::from_utf8_lossy(&environ).contains("KILN_TEST"),
@@ -163,6 +174,40 @@ fn template_is_single_threaded_without_shared_writable_mappings() {
     let out = child.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     expect_outcome(&v, "ok");
+}
+
+/// Rss and AnonHugePages (KiB) of the anonymous private mapping with the
+/// most resident memory among those starting at a 2 MiB boundary.
+fn largest_aligned_anonymous_region(smaps: &str) -> (u64, u64) {
+    let mut best = (0, 0);
+    let mut current: Option<(u64, u64)> = None;
+    let finish = |c: Option<(u64, u64)>, best: &mut (u64, u64)| {
+        if let Some(c) = c.filter(|c| c.0 > best.0) {
+            *best = c;
+        }
+    };
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let kib = || {
+            fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match fields.first() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                finish(current.take(), &mut best);
+                let start = u64::from_str_radix(range.split('-').next().unwrap(), 16).unwrap_or(1);
+                let anonymous = fields.len() == 5 && fields[1] == "rw-p";
+                current = (anonymous && start % (2 << 20) == 0).then_some((0, 0));
+            }
+            Some(&"Rss:") => current = current.map(|c| (kib(), c.1)),
+            Some(&"AnonHugePages:") => current = current.map(|c| (c.0, kib())),
+            _ => {}
+        }
+    }
+    finish(current, &mut best);
+    best
 }
 
 /// Whether this kernel has MADV_COLLAPSE (6.1) and THP is not `never`.

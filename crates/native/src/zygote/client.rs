@@ -181,12 +181,14 @@ impl Shared {
                     threads: 1,
                     tid_fixed,
                     huge_bytes,
+                    arena_bytes,
                 },
                 _,
             ))) => {
                 tracing::debug!(
                     pid,
                     huge_mib = huge_bytes >> 20,
+                    arena_mib = arena_bytes >> 20,
                     "zygote template ready (its memory in huge pages: cheaper forks)"
                 );
                 if !tid_fixed {

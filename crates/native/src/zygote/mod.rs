@@ -17,6 +17,7 @@
 //! started from a clean environment, and user code only ever reaches a
 //! child that has finished containment.
 
+pub mod arena;
 pub mod client;
 pub mod serve;
 pub mod template;

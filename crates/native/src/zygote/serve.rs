@@ -78,7 +78,9 @@ pub fn serve(ctrl: RawFd) -> i32 {
     };
     let tid_field = glibc_tid_field();
     // After the warm-up, before the first fork: forks copy fewer page
-    // tables and sandboxes unmap fewer pages when they end.
+    // tables and sandboxes unmap fewer pages when they end. The arenas'
+    // region is cut to what they use first.
+    let arena_bytes = super::arena::trim() as u64;
     let huge_bytes = collapse_anonymous_memory();
     let ready = Reply::Ready {
         // SAFETY: getpid has no preconditions.
@@ -86,6 +88,7 @@ pub fn serve(ctrl: RawFd) -> i32 {
         threads: thread_count().unwrap_or(0),
         tid_fixed: tid_field.is_some(),
         huge_bytes,
+        arena_bytes,
     };
     if wire::send(ctrl, &ready, &[]).is_err() {
         return TEMPLATE_DONE;

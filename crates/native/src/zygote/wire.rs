@@ -55,6 +55,9 @@ pub enum Reply {
         /// Bytes of the template's memory moved into huge pages.
         #[serde(default)]
         huge_bytes: u64,
+        /// Bytes of Python objects in the huge-page arena region.
+        #[serde(default)]
+        arena_bytes: u64,
     },
     /// A child was forked; its pidfd comes with this message.
     Forked {
