@@ -39,24 +39,28 @@ use std::io;
 use seccompiler::TargetArch;
 use serde::Deserialize;
 
+mod merge;
+
 /// The embedded policy (x86_64 syscall names).
-pub const POLICY_JSON: &str = include_str!("../seccomp/x86_64.json");
+pub const POLICY_JSON: &str = include_str!("../../seccomp/x86_64.json");
 /// What egress-enabled sandboxes get in addition (`docs/egress.md`).
-const EGRESS_JSON: &str = include_str!("../seccomp/egress_x86_64.json");
+const EGRESS_JSON: &str = include_str!("../../seccomp/egress_x86_64.json");
 /// Install order; the errno stacking above depends on it.
 const INSTALL_ORDER: [&str; 4] = ["allow", "deny", "unix_only", "kill"];
 /// `BPF_MAXINSNS`: the kernel's limit per filter.
 const MAX_INSNS: usize = 4096;
 
-/// A compiled policy: one BPF program per filter, in install order.
+/// A compiled policy: the one program installed (the filters merged,
+/// [`merge`]) and seccompiler's program of each filter, in install order,
+/// which the merged one is tested against.
 pub struct SeccompPolicy {
+    program: Vec<libc::sock_filter>,
     filters: Vec<Filter>,
     summary: Summary,
 }
 
 struct Filter {
     name: &'static str,
-    len: u16,
     program: Vec<libc::sock_filter>,
 }
 
@@ -71,7 +75,7 @@ pub struct Summary {
     pub denied: usize,
     /// Syscalls that kill the process.
     pub killed: usize,
-    /// Total BPF instructions over all filters.
+    /// BPF instructions of the installed (merged) program.
     pub instructions: usize,
 }
 
@@ -96,6 +100,9 @@ pub enum SeccompError {
     /// A filter longer than the kernel accepts.
     #[error("seccomp filter `{name}` has {len} BPF instructions, the kernel accepts {MAX_INSNS}")]
     TooLong { name: &'static str, len: usize },
+    /// Something the merged program cannot express (see `seccomp/merge.rs`).
+    #[error("the seccomp policy uses {0}, which kiln's filter merge does not support (actions: allow, errno, kill_process; conditions: dword eq, ne, masked_eq)")]
+    Unsupported(String),
 }
 
 impl SeccompPolicy {
@@ -130,35 +137,46 @@ impl SeccompPolicy {
                 Filter::new(name, &bpf)
             })
             .collect::<Result<Vec<_>, SeccompError>>()?;
+        let value: serde_json::Value = serde_json::from_str(json).map_err(SeccompError::Parse)?;
+        let numbers = syscall_numbers(&value)?;
+        let program = merge::merge(&value, &INSTALL_ORDER, &numbers)?;
+        if program.len() > MAX_INSNS {
+            return Err(SeccompError::TooLong {
+                name: "merged",
+                len: program.len(),
+            });
+        }
         let mut summary = Summary::of(json)?;
-        summary.instructions = filters.iter().map(|f| f.program.len()).sum();
-        Ok(Self { filters, summary })
+        summary.instructions = program.len();
+        Ok(Self {
+            program,
+            filters,
+            summary,
+        })
     }
 
-    /// Installs every filter on the calling thread, in order. Only
-    /// syscalls, no allocation: safe between fork and exec. The caller has
-    /// set `no_new_privs`. On error, the filters before the failing one stay
-    /// installed; the caller is expected to `_exit`.
+    /// Installs the policy (one program, the filters merged) on the calling
+    /// thread. Only a syscall, no allocation: safe between fork and exec.
+    /// The caller has set `no_new_privs`; on error it is expected to `_exit`.
     pub fn install(&self) -> Result<(), io::Error> {
-        for filter in &self.filters {
-            let prog = libc::sock_fprog {
-                len: filter.len,
-                filter: filter.program.as_ptr().cast_mut(),
-            };
-            // SAFETY: `prog` describes `filter.program`, which lives as long
-            // as `self`; the kernel copies the program before returning and
-            // never writes through the pointer.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::c_ulong::from(libc::SECCOMP_SET_MODE_FILTER),
-                    0 as libc::c_ulong,
-                    &prog as *const libc::sock_fprog,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        let prog = libc::sock_fprog {
+            // Checked against MAX_INSNS when compiled.
+            len: self.program.len() as u16,
+            filter: self.program.as_ptr().cast_mut(),
+        };
+        // SAFETY: `prog` describes `self.program`, which lives as long as
+        // `self`; the kernel copies the program before returning and never
+        // writes through the pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::c_ulong::from(libc::SECCOMP_SET_MODE_FILTER),
+                0 as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(())
     }
@@ -177,13 +195,12 @@ impl SeccompPolicy {
 impl Filter {
     /// Copies seccompiler's instructions into the kernel's `sock_filter`.
     fn new(name: &'static str, bpf: &[seccompiler::sock_filter]) -> Result<Self, SeccompError> {
-        let len = u16::try_from(bpf.len())
-            .ok()
-            .filter(|&l| usize::from(l) <= MAX_INSNS)
-            .ok_or(SeccompError::TooLong {
+        if bpf.len() > MAX_INSNS {
+            return Err(SeccompError::TooLong {
                 name,
                 len: bpf.len(),
-            })?;
+            });
+        }
         let program = bpf
             .iter()
             .map(|i| libc::sock_filter {
@@ -193,7 +210,7 @@ impl Filter {
                 k: i.k,
             })
             .collect();
-        Ok(Self { name, len, program })
+        Ok(Self { name, program })
     }
 }
 
@@ -205,6 +222,7 @@ impl std::fmt::Debug for SeccompPolicy {
             .map(|x| (x.name, x.program.len()))
             .collect();
         f.debug_struct("SeccompPolicy")
+            .field("merged", &self.program.len())
             .field("filters", &lens)
             .finish()
     }
@@ -250,6 +268,54 @@ fn egress_json() -> Result<String, SeccompError> {
         return Err(malformed());
     }
     Ok(policy.to_string())
+}
+
+/// The number of every syscall the policy names, as seccompiler knows them:
+/// one single-rule filter per name, compiled at once; each program is the
+/// architecture check (3 instructions), the number's load, then
+/// `JEQ <number>`.
+fn syscall_numbers(
+    policy: &serde_json::Value,
+) -> Result<std::collections::BTreeMap<String, u32>, SeccompError> {
+    let names: BTreeSet<&str> = policy
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .flat_map(|f| f["filter"].as_array().into_iter().flatten())
+        .filter_map(|r| r["syscall"].as_str())
+        .collect();
+    let probe: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .map(|n| {
+            let filter = serde_json::json!({
+                "mismatch_action": "allow",
+                "match_action": "kill_process",
+                "filter": [{"syscall": n}],
+            });
+            (n.to_string(), filter)
+        })
+        .collect();
+    let json = serde_json::Value::Object(probe).to_string();
+    let programs = seccompiler::compile_from_json(json.as_bytes(), host_arch()?)
+        .map_err(SeccompError::Compile)?;
+    names
+        .into_iter()
+        .map(|name| {
+            let nr = programs.get(name).and_then(|p| match p.as_slice() {
+                [_, _, _, load, jeq, ..]
+                    if load.code == merge::LD_W_ABS
+                        && load.k == 0
+                        && jeq.code == merge::JMP_JEQ_K =>
+                {
+                    Some(jeq.k)
+                }
+                _ => None,
+            });
+            nr.map(|nr| (name.to_string(), nr)).ok_or_else(|| {
+                SeccompError::Unsupported(format!("syscall {name} (no number found)"))
+            })
+        })
+        .collect()
 }
 
 #[cfg(target_arch = "x86_64")]
