@@ -26,7 +26,11 @@ pub struct PoolConfig {
     pub max_ready_age: Duration,
     /// Threads creating sessions at once: a zygote forks one at a time, but
     /// what follows each fork (joining the cgroup, sealing, the runner's
-    /// start) overlaps with the next. Default [`default_refill_workers`].
+    /// start) overlaps with the next. Two: `kiln bench --quick --no-docker
+    /// --iterations 30` on 2 CPUs, three runs each, gave W4 W1 129-141/s
+    /// with 2 and 125-137/s with 4, and W1 p50 1.24-1.62 ms with 2 against
+    /// 1.63-2.64 ms with 4 (each take wakes every idle worker, and they
+    /// compete with the execution being measured).
     pub refill_workers: usize,
     /// Code kiln itself runs once in every new sandbox before it is ready
     /// (not user code: its output is discarded). A first execution in a
@@ -42,20 +46,10 @@ impl Default for PoolConfig {
             max_ready: 8,
             idle_shrink_after: Duration::from_secs(60),
             max_ready_age: Duration::from_secs(600),
-            refill_workers: default_refill_workers(),
+            refill_workers: 2,
             warm_up: Some(WARM_UP.to_string()),
         }
     }
-}
-
-/// Two creations in flight per CPU, 2 to 8: each creation also waits (on
-/// the template's reply, on the runner's ready frame), and the waits of one
-/// leave the CPU to another. `kiln bench --quick --no-docker`, W4 W1 with
-/// the pool on 2 CPUs (two runs each): 2 workers 117-118/s, 3 126-128/s,
-/// 4 137-138/s, 6 137/s, 8 121-133/s.
-pub fn default_refill_workers() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (2 * cpus).clamp(2, 8)
 }
 
 /// kiln's default warm-up: the execution path itself, no user code.
