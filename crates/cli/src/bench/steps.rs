@@ -57,7 +57,7 @@ const IN_FORK: [(&str, &str); 15] = [
     ("landlock", "the Landlock ruleset built and enforced"),
     (
         "seccomp",
-        "the seccomp filters loaded (the kernel checks and compiles each)",
+        "the seccomp program loaded (the policy's filters merged into one; the kernel checks, compiles and caches it)",
     ),
     (
         "runner",
