@@ -127,6 +127,27 @@ fn fds_moved(step: &str) -> bool {
 
 type StepResult<T> = Result<T, (&'static str, io::Error)>;
 
+/// Every step `contain_steps` marks, in order: the names an error and the
+/// step clock report (`loopback` only in egress sandboxes; `execve` ends a
+/// fresh process's sequence and is never marked). `kiln bench` describes
+/// each; the tests check the sequence against it.
+pub const CONTAINMENT_STEPS: [&str; 14] = [
+    "wait-for-parent",
+    "signals",
+    "cgroup-namespace",
+    "hostname",
+    "loopback",
+    "sandbox-ids",
+    "make-private",
+    "build-root",
+    "drop-privileges",
+    "harden",
+    "fds",
+    "landlock",
+    "seccomp",
+    "execve",
+];
+
 fn contain_steps<K: Kernel>(
     k: &K,
     plan: &SandboxPlan,

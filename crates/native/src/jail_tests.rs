@@ -4,7 +4,7 @@
 //! of these calls still "works", it just leaves a hole. Each test says why
 //! its order matters.
 
-use super::{contain_steps, ChildFds, StepClock, CHANNEL_FD, ERROR_FD};
+use super::{contain_steps, ChildFds, StepClock, CHANNEL_FD, CONTAINMENT_STEPS, ERROR_FD};
 use crate::kernel::fake::{Call, RecordingKernel, INJECTED_ERRNO, LAST_CAP};
 use crate::plan::{RootPlan, SandboxPlan};
 use crate::seccomp::SeccompPolicy;
@@ -23,22 +23,14 @@ const FDS: ChildFds = ChildFds {
     dev_null: 15,
 };
 
-/// Every step name `contain_steps` can report, in sequence order.
-const STEPS: [&str; 13] = [
-    "wait-for-parent",
-    "signals",
-    "cgroup-namespace",
-    "hostname",
-    "sandbox-ids",
-    "make-private",
-    "build-root",
-    "drop-privileges",
-    "harden",
-    "fds",
-    "landlock",
-    "seccomp",
-    "execve",
-];
+/// The steps of a sandbox without egress, in order ([`CONTAINMENT_STEPS`]
+/// without `loopback`).
+fn steps() -> Vec<&'static str> {
+    CONTAINMENT_STEPS
+        .into_iter()
+        .filter(|s| *s != "loopback")
+        .collect()
+}
 
 fn top_level() -> Vec<String> {
     ["usr", "lib", "etc"].map(String::from).to_vec()
@@ -631,7 +623,7 @@ fn step_starts(calls: &[Call]) -> Vec<(usize, &'static str)> {
         "steps out of order:\n{}",
         listing(calls)
     );
-    starts.into_iter().zip(STEPS).collect()
+    starts.into_iter().zip(steps()).collect()
 }
 
 fn step_of(starts: &[(usize, &'static str)], index: usize) -> &'static str {
@@ -685,7 +677,8 @@ fn a_failure_at_any_call_stops_the_sequence_and_names_its_step() {
         }
     }
     assert_eq!(
-        reported, STEPS,
+        reported,
+        steps(),
         "every step can fail and is reported by name"
     );
 }
@@ -762,15 +755,12 @@ fn egress_brings_lo_up_before_capabilities_go_and_binds_the_socket_read_only() {
     );
     assert!(plan.egress);
     let k = RecordingKernel::new();
-    let (step, _) = contain_steps(
-        &k,
-        &plan,
-        &FDS,
-        super::Finish::Exec,
-        &mut StepClock::started(),
-    )
-    .unwrap_err();
+    let mut clock = StepClock::started();
+    let (step, _) = contain_steps(&k, &plan, &FDS, super::Finish::Exec, &mut clock).unwrap_err();
     assert_eq!(step, "execve");
+    // Every containment step, `loopback` included, marked in order.
+    let names: Vec<&str> = clock.marks().iter().skip(1).map(|m| m.0).collect();
+    assert_eq!(names, CONTAINMENT_STEPS[..CONTAINMENT_STEPS.len() - 1]);
     let calls = k.calls();
     let lo = first(&calls, "loopback_up", named("loopback_up"));
     assert!(first(&calls, "sethostname", named("sethostname")) < lo);
@@ -814,7 +804,8 @@ fn the_step_clock_marks_each_step_that_ran_in_order() {
     let names: Vec<&str> = clock.marks().iter().map(|m| m.0).collect();
     // `start`, then every step up to seccomp: execve does not return.
     assert_eq!(names[0], "start");
-    assert_eq!(names[1..], STEPS[..STEPS.len() - 1]);
+    let steps = steps();
+    assert_eq!(names[1..], steps[..steps.len() - 1]);
     assert!(
         clock.marks().windows(2).all(|w| w[0].1 <= w[1].1),
         "{:?}",

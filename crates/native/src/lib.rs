@@ -26,6 +26,7 @@ mod uid;
 pub mod zygote;
 
 pub use backend::{default_run_dir, runner_env, setup_msg, NativeBackend, RuntimeSpec};
+pub use jail::CONTAINMENT_STEPS;
 pub use session::{Host, NativeSession};
 pub use spawn::{ForeignProcess, Reaper, Spawned};
 pub use supervisor::{exit_code, frame_cap, Accounting, Link};

@@ -28,7 +28,9 @@ pub fn step(name: &str, ms: f64, covers: &str) -> Step {
     }
 }
 
-/// What each step a fork reports covers (`crates/native/src/jail.rs`).
+/// What each step a fork reports covers: `fork`, every containment step a
+/// fork marks (`kiln_native::CONTAINMENT_STEPS`, all but `execve`) and
+/// `runner` (a test keeps the lists in step).
 const IN_FORK: [(&str, &str); 15] = [
     ("fork", "the template's clone3 (its address space copied, the namespaces made) until the child runs"),
     (
@@ -186,4 +188,23 @@ pub fn namespaces(n: usize) -> Result<Vec<Step>, String> {
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IN_FORK;
+
+    #[test]
+    fn every_step_a_fork_reports_is_described_once() {
+        let mut expected = vec!["fork"];
+        expected.extend(
+            kiln_native::CONTAINMENT_STEPS
+                .into_iter()
+                .filter(|s| *s != "execve"),
+        );
+        expected.push("runner");
+        let described: Vec<&str> = IN_FORK.iter().map(|(n, _)| *n).collect();
+        assert_eq!(described, expected);
+        assert!(IN_FORK.iter().all(|(_, covers)| !covers.is_empty()));
+    }
 }
