@@ -49,9 +49,12 @@ pub enum Finish {
 /// is allocated between the fork and the end of the sequence.
 #[derive(Debug, Clone, Copy)]
 pub struct StepClock {
-    marks: [(&'static str, u64); 16],
+    marks: [(&'static str, u64); MAX_MARKS],
     len: usize,
 }
+
+/// `start`, `fork` and every containment step but `execve`.
+const MAX_MARKS: usize = CONTAINMENT_STEPS.len() + 1;
 
 impl StepClock {
     /// `start` is now.
@@ -69,7 +72,7 @@ impl StepClock {
     }
 
     fn starting_at(start_ns: u64) -> Self {
-        let mut marks = [("", 0); 16];
+        let mut marks = [("", 0); MAX_MARKS];
         marks[0] = ("start", start_ns);
         Self { marks, len: 1 }
     }

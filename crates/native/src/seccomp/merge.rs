@@ -34,32 +34,32 @@ use serde_json::Value;
 use super::SeccompError;
 
 /// `SECCOMP_RET_*` and the `seccomp_data` offsets (`linux/seccomp.h`).
-pub(super) const RET_KILL_PROCESS: u32 = 0x8000_0000;
-pub(super) const RET_ERRNO: u32 = 0x0005_0000;
-pub(super) const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
 const DATA_ARGS: u32 = 16;
 /// `AUDIT_ARCH_X86_64`.
-pub(super) const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
 /// BPF opcodes (`linux/bpf_common.h`).
 /// `BPF_LD | BPF_W | BPF_ABS`
 pub(super) const LD_W_ABS: u16 = 0x20;
 /// `BPF_JMP | BPF_JA`
-pub(super) const JMP_JA: u16 = 0x05;
+const JMP_JA: u16 = 0x05;
 /// `BPF_JMP | BPF_JEQ | BPF_K`
 pub(super) const JMP_JEQ_K: u16 = 0x15;
 /// `BPF_JMP | BPF_JGE | BPF_K`
-pub(super) const JMP_JGE_K: u16 = 0x35;
+const JMP_JGE_K: u16 = 0x35;
 /// `BPF_ALU | BPF_AND | BPF_K`
-pub(super) const ALU_AND_K: u16 = 0x54;
+const ALU_AND_K: u16 = 0x54;
 /// `BPF_RET | BPF_K`
-pub(super) const RET_K: u16 = 0x06;
+const RET_K: u16 = 0x06;
 
 /// What a filter answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Action {
+enum Action {
     Allow,
     Errno(u16),
     KillProcess,
@@ -78,7 +78,7 @@ impl Action {
         }
     }
 
-    pub(super) fn ret(self) -> u32 {
+    fn ret(self) -> u32 {
         match self {
             Self::Allow => RET_ALLOW,
             Self::Errno(n) => RET_ERRNO | u32::from(n),
@@ -179,11 +179,11 @@ fn unsupported(what: String) -> SeccompError {
 }
 
 /// A jump target, resolved when the program is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Label(usize);
 
 /// An instruction whose jump targets are labels.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Insn {
     Load(u32),
     And(u32),
@@ -197,7 +197,7 @@ enum Insn {
 }
 
 /// Where a conditional jump goes: the next instruction, or a label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Next,
     To(Label),
@@ -267,9 +267,10 @@ impl Asm {
     }
 }
 
-/// What one syscall number gets: the answers to try, most severe first,
-/// each with the rules of its filter and whether it answers on a match
-/// (`true`) or a mismatch.
+/// The code one syscall number runs: the filters' non-ALLOW answers, most
+/// severe first, each returned when its filter's rules match (or, for a
+/// mismatch action, do not); ALLOW when none is. Labels are local (from 0),
+/// so equal decisions compare equal; [`merge`] renumbers them.
 fn decision(filters: &[Filter], nr: u32) -> Vec<Insn> {
     let mut answers: Vec<(Action, usize, bool)> = Vec::new();
     for (i, f) in filters.iter().enumerate() {
@@ -283,7 +284,6 @@ fn decision(filters: &[Filter], nr: u32) -> Vec<Insn> {
     // The kernel's order: the action part as a signed number (lower is more
     // severe), then the newest filter.
     answers.sort_by_key(|&(a, i, _)| ((a.ret() & 0xffff_0000) as i32, std::cmp::Reverse(i)));
-    // Labels local to this block: numbered from 0 here, renumbered by the caller.
     let mut asm = Asm::default();
     for (action, i, on_match) in answers {
         let rules = filters[i].rules.get(&nr).map(Vec::as_slice).unwrap_or(&[]);
@@ -375,8 +375,8 @@ pub(super) fn merge(
     numbers: &BTreeMap<String, u32>,
 ) -> Result<Vec<libc::sock_filter>, SeccompError> {
     let filters = filters(json, order, numbers)?;
-    // Every number some filter lists, and one past the highest: the ranges
-    // between them answer like an unlisted number.
+    // Every number some filter lists; the numbers between and above them
+    // answer like an unlisted one.
     let mut listed: Vec<u32> = filters
         .iter()
         .flat_map(|f| f.rules.keys().copied())

@@ -4,8 +4,9 @@
 //! The policy is data — `seccomp/x86_64.json`, seccompiler's JSON format
 //! with a `comment` beside every entry; `seccomp/README.md` says how it was
 //! derived. It is compiled to BPF when a sandbox is planned (before fork)
-//! and [`SeccompPolicy::install`] only makes syscalls. The file holds four
-//! filters, installed in this order:
+//! and [`SeccompPolicy::install`] only makes a syscall. The file holds four
+//! filters, in this order; they are installed as one program that answers
+//! exactly what the four would, stacked in this order ([`merge`]):
 //!
 //! 1. `allow` — the allowlist. Everything else answers `ENOSYS`, the errno
 //!    libc falls back on (glibc retries `clone3` as `clone`). x32 numbers
@@ -27,7 +28,7 @@
 //! (`KILL_PROCESS` > `TRAP` > `ERRNO` > … > `ALLOW`); among equal
 //! precedence, the data (errno) of the most recently installed filter wins.
 //! So `mount`, absent from `allow` (`ENOSYS`) and present in `deny`
-//! (`EPERM`), answers `EPERM` only because `deny` is installed after `allow`.
+//! (`EPERM`), answers `EPERM` only because `deny` comes after `allow`.
 //!
 //! Installing needs `no_new_privs` (or `CAP_SYS_ADMIN`, which the sandbox
 //! does not have): the caller sets it first, otherwise the kernel answers

@@ -33,7 +33,7 @@ pub const HUGE_PAGE: usize = 2 << 20;
 /// The next free byte of the region, and its end (both 0: no region).
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static END: AtomicUsize = AtomicUsize::new(0);
-/// Where the region begins, for [`used`].
+/// Where the region begins, for what [`trim`] reports.
 static START: AtomicUsize = AtomicUsize::new(0);
 
 /// Reserves `bytes` (rounded up to whole huge pages) of address space,

@@ -316,12 +316,11 @@ fn check_mappings() -> io::Result<()> {
 /// collapse a sandbox's memory later (`madvise` mode). Returns the bytes
 /// collapsed.
 fn collapse_anonymous_memory() -> u64 {
-    const HUGE: usize = 2 << 20;
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return 0;
     };
     let mut collapsed = 0u64;
-    for (start, end) in huge_candidates(&maps, HUGE) {
+    for (start, end) in huge_candidates(&maps, super::arena::HUGE_PAGE) {
         // SAFETY: advice on a range inside this process's own private
         // anonymous mappings; MADV_COLLAPSE moves their contents into huge
         // pages and changes nothing they hold.
