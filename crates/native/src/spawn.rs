@@ -50,23 +50,12 @@ pub trait RemoteReaper: std::fmt::Debug + Send + Sync {
     fn wait_status(&self, pid: libc::pid_t, block: bool) -> io::Result<Option<libc::c_int>>;
 }
 
-/// How long a blocking wait for a remotely reaped sandbox watches its pidfd
-/// before asking the reaper anyway (which then polls on its own deadline).
-const REMOTE_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl Spawned {
     /// The raw wait status of PID 1 once it exited (`None` while it runs).
     pub fn wait_status(&self, block: bool) -> io::Result<Option<libc::c_int>> {
         match &self.reaper {
             Reaper::Parent => sys::waitid_pidfd(self.pidfd.as_raw_fd(), block),
-            Reaper::Remote(r) => {
-                // Ask the forking process only once the sandbox has ended:
-                // each question is a round trip it answers between forks.
-                if block {
-                    sys::wait_pidfd_exit(self.pidfd.as_raw_fd(), REMOTE_EXIT_WAIT)?;
-                }
-                r.wait_status(self.pid, block)
-            }
+            Reaper::Remote(r) => r.wait_status(self.pid, block),
             Reaper::Foreign(f) => f.wait_status(block),
         }
     }

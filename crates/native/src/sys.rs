@@ -463,32 +463,6 @@ pub fn waitid_pidfd(pidfd: RawFd, block: bool) -> io::Result<Option<libc::c_int>
     }))
 }
 
-/// Waits up to `timeout` for the process behind `pidfd` to exit (a pidfd
-/// polls readable then, reaped or not). Returns whether it did.
-pub fn wait_pidfd_exit(pidfd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: pidfd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        match unsafe { libc::poll(&mut pfd, 1, ms) } {
-            n if n > 0 => return Ok(true),
-            0 => return Ok(false),
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
 /// The Landlock ABI version the kernel offers, or None.
 pub fn landlock_abi() -> Option<u32> {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
